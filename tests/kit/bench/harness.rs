@@ -16,7 +16,8 @@ use dtrust_worker::transport::lapin::options::{
 };
 use dtrust_worker::transport::lapin::types::FieldTable;
 use dtrust_worker::transport::lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    PublisherConfirm,
 };
 use dtrust_worker::transport::{Names, Topology};
 use futures_util::StreamExt;
@@ -262,6 +263,36 @@ fn err(what: &str) -> impl Fn(dtrust_worker::transport::lapin::Error) -> String 
     move |e| format!("{what}: {e}")
 }
 
+/// Forwards every result of one capture queue, stamped with its arrival time.
+async fn collect(_channel: Channel, mut consumer: Consumer, tx: mpsc::UnboundedSender<Arrival>) {
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let at = Instant::now();
+        let key = delivery.routing_key.to_string();
+        let mut parts = key.splitn(3, '.').skip(1);
+        let kind = parts.next().unwrap_or("").to_string();
+        let status = parts.next().unwrap_or("").to_string();
+        let job_id = match delivery.properties.message_id() {
+            Some(id) => id.to_string(),
+            None => serde_json::from_slice::<Value>(&delivery.data)
+                .ok()
+                .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        };
+        let body = (status != "succeeded").then(|| delivery.data.clone());
+        let arrival = Arrival {
+            at,
+            job_id,
+            kind,
+            status,
+            bytes: delivery.data.len(),
+            body,
+        };
+        if tx.send(arrival).is_err() {
+            break;
+        }
+    }
+}
+
 impl Bus {
     /// Connects, declares the worker's topology for `prefix` and starts collecting
     /// results.
@@ -282,69 +313,46 @@ impl Bus {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(err("confirm.select"))?;
-        let capture = format!("{prefix}.bench-results");
-        cleanup.queue(&capture);
-        let consumer_channel = connection.create_channel().await.map_err(err("channel"))?;
-        consumer_channel
-            .queue_declare(
-                capture.as_str().into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err("declare the results queue"))?;
-        consumer_channel
-            .queue_bind(
-                capture.as_str().into(),
-                names.results.as_str().into(),
-                "result.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err("bind the results queue"))?;
-        let mut consumer = consumer_channel
-            .basic_consume(
-                capture.as_str().into(),
-                "bench-results".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err("consume the results queue"))?;
+        // One capture queue per kind, as a result handler that cares about
+        // revocations binds `result.revoke.#` on a queue of its own: a revocation's
+        // result then never waits behind thousands of issuance results in one queue.
         let (tx, arrivals) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let _channel = consumer_channel;
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let at = Instant::now();
-                let key = delivery.routing_key.to_string();
-                let mut parts = key.splitn(3, '.').skip(1);
-                let kind = parts.next().unwrap_or("").to_string();
-                let status = parts.next().unwrap_or("").to_string();
-                let job_id = match delivery.properties.message_id() {
-                    Some(id) => id.to_string(),
-                    None => serde_json::from_slice::<Value>(&delivery.data)
-                        .ok()
-                        .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                };
-                let body = (status != "succeeded").then(|| delivery.data.clone());
-                let arrival = Arrival {
-                    at,
-                    job_id,
-                    kind,
-                    status,
-                    bytes: delivery.data.len(),
-                    body,
-                };
-                if tx.send(arrival).is_err() {
-                    break;
-                }
-            }
-        });
+        for kind in ["issue", "revoke"] {
+            let capture = format!("{prefix}.bench-results.{kind}");
+            cleanup.queue(&capture);
+            let consumer_channel = connection.create_channel().await.map_err(err("channel"))?;
+            consumer_channel
+                .queue_declare(
+                    capture.as_str().into(),
+                    QueueDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err("declare the results queue"))?;
+            consumer_channel
+                .queue_bind(
+                    capture.as_str().into(),
+                    names.results.as_str().into(),
+                    format!("result.{kind}.#").as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err("bind the results queue"))?;
+            let consumer = consumer_channel
+                .basic_consume(
+                    capture.as_str().into(),
+                    "bench-results".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err("consume the results queue"))?;
+            tokio::spawn(collect(consumer_channel, consumer, tx.clone()));
+        }
         Ok(Bus {
             names,
             connection,
