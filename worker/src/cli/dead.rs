@@ -42,7 +42,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -54,6 +53,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use serde_json::{json, Value};
+
+use super::BrokerArgs;
 
 use crate::transport::connection::{close_quietly, default_connection_name, open};
 use crate::transport::{keys, ConfigError, ConnectError, Names, TransportConfig, ERROR_HEADER};
@@ -111,26 +112,6 @@ pub enum DeadCommand {
     /// Republish chosen dead letters to `{p}.jobs` with the routing key they had; each is
     /// removed from `{p}.dead` only after the broker confirmed the copy.
     Replay(ReplayArgs),
-}
-
-/// Which broker and prefix.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BrokerArgs {
-    /// The RabbitMQ broker.
-    #[arg(
-        long,
-        env = "DTRUST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
-    /// Prefix of every exchange and queue (default: the bundle's `amqp.prefix`, else
-    /// `dtrust`).
-    #[arg(long, env = "DTRUST_AMQP_PREFIX")]
-    pub prefix: Option<String>,
-    /// A bundle whose `amqp.prefix` to use.
-    #[arg(long, env = "DTRUST_BUNDLE")]
-    pub bundle: Option<PathBuf>,
 }
 
 /// `dead list`.
@@ -252,26 +233,17 @@ pub(super) fn run(command: DeadCommand, out: &mut dyn Write) -> std::io::Result<
 impl BrokerArgs {
     /// `--prefix`, else the bundle's `amqp.prefix`, else `dtrust`.
     fn names(&self) -> Result<Names, DeadError> {
-        let prefix = match (&self.prefix, &self.bundle) {
-            (Some(prefix), _) => prefix.clone(),
-            (None, Some(path)) => match crate::bundle::Bundle::load(path) {
-                Ok(bundle) => bundle.settings.amqp_prefix,
-                Err(report) => {
-                    return Err(DeadError::Bundle {
-                        path: path.display().to_string(),
-                        report: report.to_string(),
-                    })
-                }
-            },
-            (None, None) => "dtrust".to_owned(),
-        };
-        let config = TransportConfig::new(self.amqp_url.clone(), prefix.clone());
+        let prefix = self.prefix().map_err(|(path, report)| DeadError::Bundle {
+            path: path.display().to_string(),
+            report: report.to_string(),
+        })?;
+        let config = TransportConfig::new(self.amqp.amqp_url.clone(), prefix.clone());
         config.validate()?;
         Ok(Names::new(&prefix))
     }
 
     async fn connect(&self, names: &Names, verb: &str) -> Result<Connection, DeadError> {
-        let mut config = TransportConfig::new(self.amqp_url.clone(), names.prefix.clone());
+        let mut config = TransportConfig::new(self.amqp.amqp_url.clone(), names.prefix.clone());
         config.connection_name = Some(format!("{} (dead {verb})", default_connection_name()));
         Ok(open(&config).await?)
     }

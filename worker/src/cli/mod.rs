@@ -17,6 +17,49 @@ use clap::{Parser, Subcommand};
 
 use crate::ops::logging::{self, LogFormat};
 
+/// The broker and the names on it, for every verb that talks to RabbitMQ.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// The RabbitMQ broker.
+    #[arg(
+        long,
+        env = "DTRUST_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue (default: the bundle's `amqp.prefix`, else
+    /// `dtrust`).
+    #[arg(long, env = "DTRUST_AMQP_PREFIX")]
+    pub prefix: Option<String>,
+}
+
+/// [`AmqpArgs`] for the verbs that need no bundle but may take one for its prefix.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// A connector bundle whose `amqp.prefix` to use.
+    #[arg(long, env = "DTRUST_BUNDLE")]
+    pub bundle: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    /// `--prefix`, else the bundle's `amqp.prefix`, else `dtrust`; a bundle that cannot
+    /// be loaded is the error, with its path.
+    pub fn prefix(&self) -> Result<String, (PathBuf, crate::bundle::Report)> {
+        if let Some(prefix) = &self.amqp.prefix {
+            return Ok(prefix.clone());
+        }
+        let Some(path) = &self.bundle else {
+            return Ok(crate::bundle::settings::DEFAULT_AMQP_PREFIX.to_owned());
+        };
+        crate::bundle::Bundle::load(path)
+            .map(|bundle| bundle.settings.amqp_prefix)
+            .map_err(|report| (path.clone(), report))
+    }
+}
+
 /// Issues and revokes certificates at D-Trust from RabbitMQ jobs.
 #[derive(Debug, Parser)]
 #[command(name = "dtrust-worker", version, about, long_about = None)]

@@ -28,17 +28,8 @@ pub struct RunArgs {
     /// The connector bundle.
     #[arg(long, env = "DTRUST_BUNDLE")]
     pub bundle: PathBuf,
-    /// The RabbitMQ broker.
-    #[arg(
-        long,
-        env = "DTRUST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
-    /// Prefix of every exchange and queue (default: the bundle's `amqp.prefix`, `dtrust`).
-    #[arg(long, env = "DTRUST_AMQP_PREFIX")]
-    pub prefix: Option<String>,
+    #[command(flatten)]
+    pub amqp: super::AmqpArgs,
     /// The local job store (default: the bundle's `store.path`, `dtrust-data`).
     #[arg(long, env = "DTRUST_STORE_PATH")]
     pub store: Option<PathBuf>,
@@ -142,6 +133,7 @@ pub(super) fn run(args: RunArgs) -> ExitCode {
 async fn serve(args: RunArgs, bundle: Bundle) -> Result<(), String> {
     let settings = &bundle.settings;
     let prefix = args
+        .amqp
         .prefix
         .clone()
         .unwrap_or_else(|| settings.amqp_prefix.clone());
@@ -154,7 +146,7 @@ async fn serve(args: RunArgs, bundle: Bundle) -> Result<(), String> {
     let client = Client::new(&bundle).map_err(|e| e.to_string())?;
     let limiter = RateLimiter::new(settings.max_requests_per_second);
 
-    let mut transport = TransportConfig::new(args.amqp_url.clone(), prefix.clone());
+    let mut transport = TransportConfig::new(args.amqp.amqp_url.clone(), prefix.clone());
     transport.issue_concurrency = args.issue_concurrency.max(1);
     transport.revoke_concurrency = args.revoke_concurrency.max(1);
     transport.delivery_limit = args.delivery_limit;

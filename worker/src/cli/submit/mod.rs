@@ -55,9 +55,6 @@ use self::summary::{Report, Tally};
 const WINDOW: usize = 256;
 /// Bound on one publish, from the call to the broker's confirm.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default AMQP prefix without `--prefix` and `--bundle`.
-const DEFAULT_PREFIX: &str = "dtrust";
-
 /// The settings of `submit`; each also as an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
@@ -76,21 +73,8 @@ pub struct SubmitArgs {
     /// carry secrets).
     #[arg(long, env = "DTRUST_SUBMIT_OUT")]
     pub out: Option<PathBuf>,
-    /// The RabbitMQ broker.
-    #[arg(
-        long,
-        env = "DTRUST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
-    /// Prefix of every exchange and queue (default: the bundle's `amqp.prefix` with
-    /// --bundle, else `dtrust`).
-    #[arg(long, env = "DTRUST_AMQP_PREFIX")]
-    pub prefix: Option<String>,
-    /// A connector bundle whose `amqp.prefix` to use.
-    #[arg(long, env = "DTRUST_BUNDLE")]
-    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub broker: super::BrokerArgs,
     /// Seconds to wait for results after the last job was published.
     #[arg(long, env = "DTRUST_SUBMIT_TIMEOUT_SECS", default_value_t = 3600)]
     pub timeout_secs: u64,
@@ -212,24 +196,15 @@ pub(super) fn run(args: SubmitArgs, out: &mut dyn Write) -> std::io::Result<Exit
 /// `--prefix`, else the bundle's `amqp.prefix`, else `dtrust`; a bundle that cannot be
 /// read is a usage error.
 fn prefix(args: &SubmitArgs) -> Result<String, ExitCode> {
-    if let Some(prefix) = &args.prefix {
-        return Ok(prefix.clone());
-    }
-    let Some(path) = &args.bundle else {
-        return Ok(DEFAULT_PREFIX.to_owned());
-    };
-    match crate::bundle::Bundle::load(path) {
-        Ok(bundle) => Ok(bundle.settings.amqp_prefix),
-        Err(report) => {
-            let mut text = Vec::new();
-            let _ = super::check_config::print_report(&report, &mut text);
-            eprint!("{}", String::from_utf8_lossy(&text));
-            Err(usage(format_args!(
-                "the bundle `{}` cannot be used to find the prefix; pass --prefix instead",
-                path.display()
-            )))
-        }
-    }
+    args.broker.prefix().map_err(|(path, report)| {
+        let mut text = Vec::new();
+        let _ = super::check_config::print_report(&report, &mut text);
+        eprint!("{}", String::from_utf8_lossy(&text));
+        usage(format_args!(
+            "the bundle `{}` cannot be used to find the prefix; pass --prefix instead",
+            path.display()
+        ))
+    })
 }
 
 /// Whether `a` and `b` name the same existing file.
@@ -265,7 +240,8 @@ async fn submit(
     report: &mut Report,
 ) -> Result<(), broker::BrokerError> {
     let wait = !args.no_wait;
-    let mut session = Session::open(&args.amqp_url, names, wait, PUBLISH_TIMEOUT).await?;
+    let mut session =
+        Session::open(&args.broker.amqp.amqp_url, names, wait, PUBLISH_TIMEOUT).await?;
     let total = jobs.len();
     let mut books = Books {
         lines: jobs.iter().map(|j| (j.job_id.clone(), j.line)).collect(),
