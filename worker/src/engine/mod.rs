@@ -314,19 +314,13 @@ impl Engine {
                 );
                 return self.owe(&record, route).await;
             }
-            _ => {
-                self.yield_to_revocations(record.kind).await;
-                self.metrics.in_flight.inc();
-                let advanced = self.advance(record).await;
-                self.metrics.in_flight.dec();
-                match advanced {
-                    Ok(record) => record,
-                    Err(e) => {
-                        warn!(error = %e, "job store failed; the job stays on the queue");
-                        return Disposition::Retry;
-                    }
+            _ => match self.work(record).await {
+                Ok(record) => record,
+                Err(e) => {
+                    warn!(error = %e, "job store failed; the job stays on the queue");
+                    return Disposition::Retry;
                 }
-            }
+            },
         };
         drop(permit);
         match record.state {
@@ -396,11 +390,17 @@ impl Engine {
         }
     }
 
-    /// An issuance step lets revocations at work go first (see [`priority`]).
-    async fn yield_to_revocations(&self, kind: Kind) {
-        if kind == Kind::Issue && self.priority.yield_to_urgent().await {
+    /// Works a job (holding its lane's permit) until it finishes or has to wait,
+    /// counted as in flight; an issuance lets revocations at work go first (see
+    /// [`priority`]).
+    async fn work(&self, record: Record) -> Result<Record, StoreError> {
+        if record.kind == Kind::Issue && self.priority.yield_to_urgent().await {
             debug!("waited for revocations to go first");
         }
+        self.metrics.in_flight.inc();
+        let advanced = self.advance(record).await;
+        self.metrics.in_flight.dec();
+        advanced
     }
 
     fn lane(&self, kind: Kind) -> Arc<Semaphore> {
@@ -785,11 +785,7 @@ impl Engine {
             } else {
                 let _urgent = (record.kind == Kind::Revoke).then(|| self.priority.urgent());
                 let _permit = self.lane(record.kind).acquire_owned().await;
-                self.yield_to_revocations(record.kind).await;
-                self.metrics.in_flight.inc();
-                let advanced = self.advance(record).await;
-                self.metrics.in_flight.dec();
-                match advanced {
+                match self.work(record).await {
                     Ok(record) => record,
                     Err(e) => {
                         warn!(error = %e, "job store failed during a scheduled step");
