@@ -84,15 +84,16 @@ fn print_record(r: &Record, out: &mut dyn Write) -> std::io::Result<()> {
             writeln!(out, "hint         {}", e.hint)?;
         }
     }
-    writeln!(
-        out,
-        "secrets held {}",
-        if r.holds_secrets() {
-            "yes (until the result is delivered)"
-        } else {
-            "no"
+    let held = match (r.holds_secrets(), r.state, r.next_at) {
+        (false, _, _) => "no".to_owned(),
+        // The grace period after delivery: a late copy of the job gets the identical
+        // result until then (`--secrets-grace-secs`).
+        (true, State::Delivered, Some(at)) => {
+            format!("yes, until {} (the grace period after delivery)", time(at))
         }
-    )
+        (true, _, _) => "yes (until the result is delivered)".to_owned(),
+    };
+    writeln!(out, "secrets held {held}")
 }
 
 /// Lists jobs in a state, or counts per state.
@@ -154,5 +155,54 @@ pub(super) fn jobs(
             writeln!(out, "error: {e}")?;
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::model::{Job, RevokeJob};
+
+    fn printed(record: &Record) -> String {
+        let mut out = Vec::new();
+        print_record(record, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_said_to_be_held_until_delivery_then_until_the_grace_period_ends() {
+        let job = Job::Revoke(RevokeJob {
+            job_id: "r-1".into(),
+            serial: Some("0a".into()),
+            order_id: None,
+            reason: Default::default(),
+            revocation_password: Some(crate::secret::Secret::new("pw-123456789012")),
+            cn: None,
+            metadata: None,
+        });
+        let ready = Record::new(job, "ref-r-1".into(), 0);
+        assert!(printed(&ready).contains("secrets held yes (until the result is delivered)"));
+
+        let grace_ends = 1_796_000_000_000;
+        let delivered = Record {
+            state: State::Delivered,
+            next_at: Some(grace_ends),
+            ..ready.clone()
+        };
+        let text = printed(&delivered);
+        assert!(
+            text.contains(&format!(
+                "secrets held yes, until {} (the grace period after delivery)",
+                time(grace_ends)
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("pw-123456789012"), "{text}");
+
+        let scrubbed = Record {
+            next_at: None,
+            ..delivered.scrubbed()
+        };
+        assert!(printed(&scrubbed).contains("secrets held no"));
     }
 }
