@@ -80,6 +80,17 @@ impl Direct {
         }
     }
 
+    /// Connects and declares the worker's topology for `prefix` (delivery limit 5).
+    async fn with_topology(prefix: &str) -> (Direct, Names) {
+        let direct = Direct::connect().await;
+        let names = Names::new(prefix);
+        Topology::new(names.clone(), 5)
+            .declare(&direct.connection)
+            .await
+            .expect("topology");
+        (direct, names)
+    }
+
     /// Publishes persistent JSON with `message_id` and waits for the confirm; panics
     /// if it was not routed.
     async fn publish(&self, exchange: &str, key: &str, message_id: &str) {
@@ -796,12 +807,7 @@ async fn publisher_confirms_many_at_once_tells_returned_from_routed_and_reaches_
 async fn prefetch_bounds_the_deliveries_in_the_handler() {
     let prefix = unique_prefix("prefetch");
     let _cleanup = Cleanup::new(&prefix);
-    let direct = Direct::connect().await;
-    let names = Names::new(&prefix);
-    Topology::new(names.clone(), 5)
-        .declare(&direct.connection)
-        .await
-        .expect("topology");
+    let (direct, names) = Direct::with_topology(&prefix).await;
     direct
         .publish_many(
             &names.jobs,
@@ -845,12 +851,7 @@ async fn prefetch_bounds_the_deliveries_in_the_handler() {
 async fn the_revoke_lane_is_not_delayed_by_an_issue_backlog() {
     let prefix = unique_prefix("lanes-isolated");
     let _cleanup = Cleanup::new(&prefix);
-    let direct = Direct::connect().await;
-    let names = Names::new(&prefix);
-    Topology::new(names.clone(), 5)
-        .declare(&direct.connection)
-        .await
-        .expect("topology");
+    let (direct, names) = Direct::with_topology(&prefix).await;
     direct
         .publish_many(
             &names.jobs,
@@ -1173,12 +1174,7 @@ async fn a_cancelled_consumer_makes_it_redeclare_and_resume() {
 async fn shutdown_stops_consuming_lets_handlers_finish_and_loses_no_ack() {
     let prefix = unique_prefix("shutdown");
     let _cleanup = Cleanup::new(&prefix);
-    let direct = Direct::connect().await;
-    let names = Names::new(&prefix);
-    Topology::new(names.clone(), 5)
-        .declare(&direct.connection)
-        .await
-        .expect("topology");
+    let (direct, names) = Direct::with_topology(&prefix).await;
     direct
         .publish_many(
             &names.jobs,
