@@ -161,7 +161,7 @@ pub(super) fn jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::model::{Job, RevokeJob};
+    use crate::job::record::sample_revocation;
 
     fn printed(record: &Record) -> String {
         let mut out = Vec::new();
@@ -171,16 +171,7 @@ mod tests {
 
     #[test]
     fn secrets_are_said_to_be_held_until_delivery_then_until_the_grace_period_ends() {
-        let job = Job::Revoke(RevokeJob {
-            job_id: "r-1".into(),
-            serial: Some("0a".into()),
-            order_id: None,
-            reason: Default::default(),
-            revocation_password: Some(crate::secret::Secret::new("pw-123456789012")),
-            cn: None,
-            metadata: None,
-        });
-        let ready = Record::new(job, "ref-r-1".into(), 0);
+        let ready = sample_revocation("r-1", 0);
         assert!(printed(&ready).contains("secrets held yes (until the result is delivered)"));
 
         let grace_ends = 1_796_000_000_000;

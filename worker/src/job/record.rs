@@ -221,3 +221,19 @@ impl Record {
         }
     }
 }
+
+/// A stored-record sample for unit tests elsewhere: a revocation of serial `0a` that
+/// holds the password `pw-123456789012`, received at `now_ms`.
+#[cfg(test)]
+pub(crate) fn sample_revocation(job_id: &str, now_ms: i64) -> Record {
+    let job = Job::Revoke(crate::job::model::RevokeJob {
+        job_id: job_id.into(),
+        serial: Some("0a".into()),
+        order_id: None,
+        reason: Default::default(),
+        revocation_password: Some(crate::secret::Secret::new("pw-123456789012")),
+        cn: None,
+        metadata: None,
+    });
+    Record::new(job, format!("ref-{job_id}"), now_ms)
+}

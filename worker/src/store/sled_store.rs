@@ -403,20 +403,7 @@ impl SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::model::{Job, RevokeJob};
-
-    fn record(id: &str, now: i64) -> Record {
-        let job = Job::Revoke(RevokeJob {
-            job_id: id.into(),
-            serial: Some("0a".into()),
-            order_id: None,
-            reason: Default::default(),
-            revocation_password: Some(crate::secret::Secret::new("pw-123456789012")),
-            cn: None,
-            metadata: None,
-        });
-        Record::new(job, format!("ref-{id}"), now)
-    }
+    use crate::job::record::sample_revocation as record;
 
     #[test]
     fn swap_is_compare_and_swap_on_the_version() {
